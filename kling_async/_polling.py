@@ -1,0 +1,133 @@
+"""Following a task: the poll schedule, the overall deadline, and the status-change stream.
+
+Polling is not retrying: each check is one ``get_task`` (which retries inside), then the poller
+sleeps on a growing, jittered schedule, under one deadline. A pushed state (from a callback
+receiver) wakes the poller early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+
+import attrs
+import backoff
+
+from kling_async._errors import WaitTimeoutError
+from kling_async._models import Task
+from kling_async._tracker import TaskTracker
+
+
+@attrs.frozen(kw_only=True)
+class PollPolicy:
+    """How a task is polled while waiting for it.
+
+    The first check comes ``initial_delay`` seconds after submission; each following interval
+    is ``backoff`` times the last, up to ``max_interval``, each jittered by ``±jitter``.
+    With the defaults a 30 s task is seen finished within about 10 s, in 7–8 status requests.
+    """
+
+    initial_delay: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
+    """Seconds before the first status check."""
+    max_interval: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    """The longest pause between two checks, in seconds."""
+    backoff: float = attrs.field(default=1.5, validator=attrs.validators.ge(1))
+    """How much each pause grows over the previous one."""
+    timeout: float | None = attrs.field(default=900.0)
+    """The overall deadline for one wait, in seconds (``None``: wait for ever)."""
+    jitter: float = attrs.field(
+        default=0.1, validator=[attrs.validators.ge(0), attrs.validators.le(1)]
+    )
+    """Relative random spread of every pause, so that many tasks do not poll in lockstep."""
+
+    def intervals(self) -> Iterator[float]:
+        """The pauses between checks, without end."""
+        steps = backoff.expo(
+            base=self.backoff, factor=self.initial_delay, max_value=self.max_interval
+        )
+        next(steps)  # backoff's generators are primed with one next()
+        for step in steps:
+            yield step * random.uniform(1 - self.jitter, 1 + self.jitter)
+
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
+    if timeout <= 0:
+        return event.is_set()
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+async def follow(
+    task: Task | str,
+    *,
+    fetch: Callable[[str], Awaitable[Task]],
+    tracker: TaskTracker,
+    policy: PollPolicy,
+    slow_factor: float = 1.0,
+) -> AsyncGenerator[Task, None]:
+    """Yield the task's state now, then once per status change, ending after a terminal one.
+
+    Args:
+        task: The task, or its id (or external task id).
+        fetch: One status check (``get_task``), feeding the tracker.
+        tracker: Where pushed and polled states meet.
+        policy: The schedule and deadline.
+        slow_factor: Polling is slowed by this factor when states are pushed to the client.
+
+    Raises:
+        WaitTimeoutError: The deadline passed first.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = None if policy.timeout is None else loop.time() + policy.timeout
+    task_id = task.task_id if isinstance(task, Task) else task
+    last: Task | None = None
+
+    def remaining() -> float:
+        return float("inf") if deadline is None else deadline - loop.time()
+
+    def timed_out() -> WaitTimeoutError:
+        assert policy.timeout is not None
+        return WaitTimeoutError(task_id, timeout=policy.timeout, last_task=last)
+
+    async def check() -> Task:
+        if deadline is None:
+            return await fetch(task_id)
+        try:
+            return await asyncio.wait_for(fetch(task_id), max(remaining(), 0))
+        except asyncio.TimeoutError:
+            raise timed_out() from None
+
+    changed = tracker.watch(task_id)
+    try:
+        if isinstance(task, Task):
+            current = tracker.observe(task)
+        else:
+            current = await check()
+            # An id may be an external task id: follow the record under the real id too.
+            if current.task_id != task_id:
+                tracker.unwatch(task_id)
+                task_id = current.task_id
+                changed = tracker.watch(task_id)
+                current = tracker.observe(current)
+        last = current
+        yield current
+        intervals = policy.intervals()
+        while not current.status.is_terminal:
+            pause = min(next(intervals) * slow_factor, remaining())
+            if pause <= 0 and deadline is not None:
+                raise timed_out()
+            if not await _wait_event(changed, pause):
+                await check()
+            changed = tracker.next_change(task_id)
+            current = tracker.current(task_id) or current
+            if current.status != last.status:
+                last = current
+                yield current
+            else:
+                last = current
+    finally:
+        tracker.unwatch(task_id)

@@ -1,0 +1,1 @@
+"""Callback receiver and push-first waiting (placeholder until the webhooks work lands)."""
