@@ -11,6 +11,8 @@ import asyncio
 import collections
 import math
 
+from kling_async._errors import RateLimitError
+
 
 class SlotBudget:
     """An adaptive counting semaphore over the account's parallel-task slots."""
@@ -78,3 +80,29 @@ class SlotBudget:
             self._waiters.popleft()
             self.in_use += slots
             future.set_result(None)
+
+
+class Slots:
+    """The budget slots one submission holds while it is being sent."""
+
+    def __init__(self, budget: SlotBudget, count: int) -> None:
+        self.budget = budget
+        self.count = count
+        self.held = False
+
+    async def acquire(self) -> None:
+        await self.budget.acquire(self.count)
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.budget.release(self.count)
+
+    async def wait_after_limit(self, _: RateLimitError) -> bool:
+        """After a 1303: shrink the budget, then queue again behind our own tasks."""
+        others = self.budget.in_use - self.count
+        self.budget.shrink(self.count)
+        self.release()
+        await self.acquire()
+        return others > 0

@@ -14,7 +14,7 @@ import attrs
 from yarl import URL
 
 from kling_async import _routes
-from kling_async._budget import SlotBudget
+from kling_async._budget import SlotBudget, Slots
 from kling_async._constants import (
     DEFAULT_BASE_URL,
     DEFAULT_TIMEOUT,
@@ -26,7 +26,6 @@ from kling_async._download import download_images
 from kling_async._errors import (
     ConfigurationError,
     KlingError,
-    RateLimitError,
     TaskFailedError,
 )
 from kling_async._models import GenerationOutcome, GenerationRequest, Task, TaskStatus
@@ -59,32 +58,6 @@ class CallbackSource(Protocol):
 
 def _new_external_task_id() -> str:
     return f"ka-{uuid.uuid4().hex}"
-
-
-class _Slots:
-    """The budget slots one submission holds while it is being sent."""
-
-    def __init__(self, budget: SlotBudget, count: int) -> None:
-        self.budget = budget
-        self.count = count
-        self.held = False
-
-    async def acquire(self) -> None:
-        await self.budget.acquire(self.count)
-        self.held = True
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            self.budget.release(self.count)
-
-    async def wait_after_limit(self, _: RateLimitError) -> bool:
-        """After a 1303: shrink the budget, then queue again behind our own tasks."""
-        others = self.budget.in_use - self.count
-        self.budget.shrink(self.count)
-        self.release()
-        await self.acquire()
-        return others > 0
 
 
 class KlingClient:
@@ -233,7 +206,7 @@ class KlingClient:
         self._ensure_open()
         external_task_id = request.external_task_id or _new_external_task_id()
         body = dump_body(await self._create_body(request, external_task_id))
-        slots = _Slots(self._budget, request.n)
+        slots = Slots(self._budget, request.n)
         await slots.acquire()
         try:
             task = await submit_safely(
