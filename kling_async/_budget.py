@@ -47,7 +47,7 @@ class SlotBudget:
             if future.done() and not future.cancelled():
                 # Granted just as we were cancelled: hand the slots back.
                 self.in_use -= slots
-            else:
+            elif entry in self._waiters:  # another cleanup may have dropped it already
                 self._waiters.remove(entry)
             self._wake()
             raise

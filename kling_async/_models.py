@@ -59,7 +59,7 @@ class TaskStatus(str, enum.Enum):
     @property
     def is_known(self) -> bool:
         """Whether this is one of the four documented states."""
-        return self._name_ in type(self).__members__
+        return type(self).__members__.get(self._name_) is self
 
     def __str__(self) -> str:
         return self.value

@@ -7,6 +7,7 @@ else here is a pure function of (error, attempt, policy), so the decision can be
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import logging
 import time
@@ -80,6 +81,8 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
+    if when.tzinfo is None:  # the asctime form carries no zone; HTTP dates are GMT
+        when = when.replace(tzinfo=datetime.timezone.utc)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 

@@ -45,6 +45,8 @@ _STATUS_ALIASES: Final = {
 }
 #: Values of ``code`` that mean success.
 _OK_CODES: Final = frozenset({"", "0", "success", "succeed", "ok"})
+#: How many router envelopes are unwrapped at most.
+_MAX_WRAPPING: Final = 3
 #: Timestamps below this are seconds, above it milliseconds (10^11 s is the year 5138).
 _SECONDS_BELOW: Final = 10**11
 
@@ -212,9 +214,18 @@ def read_envelope(body: Any) -> Envelope:
     if not isinstance(body, Mapping):
         raise ShapeError(f"reply is {type(body).__name__}, not an object")
     outer_request_id = body.get("request_id")
-    # Routers wrap Kling's envelope: {"code": "success", "data": {"code": 0, ..., "data": {…}}}.
-    while _is_envelope(body.get("data")) and "task_id" not in body["data"]:
-        body = body["data"]
+    # Routers wrap Kling's envelope, either directly ({"code": "success", "data": <envelope>})
+    # or inside a task object of their own ({"code": "success", "data": {…, "data": <envelope>}}).
+    for _ in range(_MAX_WRAPPING):
+        data = body.get("data")
+        if not isinstance(data, Mapping):
+            break
+        if _is_envelope(data.get("data")):
+            body = data["data"]
+        elif _is_envelope(data) and "task_id" not in data:
+            body = data
+        else:
+            break
     request_id = body.get("request_id") or outer_request_id
     message = body.get("message", body.get("msg"))
     return Envelope(
