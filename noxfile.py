@@ -9,7 +9,6 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
 
-
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite with branch coverage (fails under 90 %)."""
