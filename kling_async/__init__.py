@@ -3,6 +3,8 @@
 The public API is what this module exports; everything in ``kling_async._*`` is private.
 """
 
+import logging as _logging
+
 from kling_async import webhooks
 from kling_async._client import CallbackSource, KlingClient
 from kling_async._errors import (
@@ -72,3 +74,6 @@ __all__ = [
     "__version__",
     "webhooks",
 ]
+
+# A library never configures logging; this keeps its records off stderr until the app does.
+_logging.getLogger("kling_async").addHandler(_logging.NullHandler())

@@ -33,7 +33,7 @@ from kling_async._polling import PollPolicy, follow
 from kling_async._retry import RetryPolicy, call_with_retry
 from kling_async._serde import CreateBody, dump_body
 from kling_async._submission import submit_safely, task_from_reply
-from kling_async._tracker import TaskTracker
+from kling_async._tracker import TaskTracker, merge
 from kling_async._transport import Transport
 
 if TYPE_CHECKING:
@@ -54,6 +54,9 @@ class CallbackSource(Protocol):
 
     def unsubscribe(self, listener: Callable[[Task], object]) -> None:
         """Stop delivering to ``listener``."""
+
+    def latest(self, task_id: str) -> Task | None:
+        """The newest state already pushed for a task (it may arrive before the create reply)."""
 
 
 def _new_external_task_id() -> str:
@@ -226,6 +229,11 @@ class KlingClient:
         # Tasks whose states our receiver gets pushed are polled more slowly.
         pushed = self._callbacks is not None and request.callback_url is None
         self._tracker.hold(task, slots.count, pushed=pushed)
+        if pushed and self._callbacks is not None:
+            # A callback can beat the create reply; the tracker did not know the task then.
+            early = self._callbacks.latest(task.task_id)
+            if early is not None:
+                self._tracker.observe(early)
         return task
 
     async def get_task(self, task_id: str) -> Task:
@@ -260,8 +268,12 @@ class KlingClient:
         self._ensure_open()
         task_id = task.task_id if isinstance(task, Task) else task
         slow = 1.0
-        if self._callbacks is not None and self._tracker.is_pushed(task_id):
-            slow = self._callbacks.fallback_factor
+        if self._callbacks is not None:
+            if self._tracker.is_pushed(task_id):
+                slow = self._callbacks.fallback_factor
+            known = self._callbacks.latest(task_id)
+            if isinstance(task, Task) and known is not None:
+                task = merge(task, known)  # it may have ended before this wait began
         return follow(
             task,
             fetch=self.get_task,

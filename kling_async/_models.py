@@ -206,7 +206,7 @@ class GenerationRequest:
 
 @attrs.frozen(kw_only=True)
 class GenerationOutcome:
-    """What became of one request in :meth:`KlingClient.generate_many`."""
+    """What became of one request in `KlingClient.generate_many`."""
 
     request: GenerationRequest
     """The very request object that was passed in."""

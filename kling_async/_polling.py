@@ -14,8 +14,8 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 import attrs
 import backoff
 
-from kling_async._errors import WaitTimeoutError
-from kling_async._models import Task
+from kling_async._errors import KlingError, WaitTimeoutError
+from kling_async._models import Task, TaskStatus
 from kling_async._tracker import TaskTracker
 
 
@@ -42,7 +42,11 @@ class PollPolicy:
     """Relative random spread of every pause, so that many tasks do not poll in lockstep."""
 
     def intervals(self) -> Iterator[float]:
-        """The pauses between checks, without end."""
+        """The pauses between checks, without end (all zero when ``initial_delay`` is 0)."""
+        if self.initial_delay == 0:
+            # Nothing to grow from: a zero-wait policy, as tests use.
+            while True:
+                yield 0.0
         steps = backoff.expo(
             base=self.backoff, factor=self.initial_delay, max_value=self.max_interval
         )
@@ -101,6 +105,16 @@ async def follow(
         except asyncio.TimeoutError:
             raise timed_out() from None
 
+    async def confirmed(state: Task) -> Task:
+        # A pushed success without images (a trimmed callback) is confirmed by one GET.
+        if state.status is not TaskStatus.SUCCEED or state.images or state.request_id:
+            return state
+        try:
+            fetched = await check()
+        except KlingError:
+            return state
+        return fetched if fetched.status is TaskStatus.SUCCEED else state
+
     changed = tracker.watch(task_id)
     try:
         if isinstance(task, Task):
@@ -113,17 +127,19 @@ async def follow(
                 task_id = current.task_id
                 changed = tracker.watch(task_id)
                 current = tracker.observe(current)
+        current = await confirmed(current)
         last = current
+        changed = tracker.next_change(task_id)  # what was observed so far is in `current`
         yield current
         intervals = policy.intervals()
         while not current.status.is_terminal:
-            pause = min(next(intervals) * slow_factor, remaining())
-            if pause <= 0 and deadline is not None:
+            if remaining() <= 0:
                 raise timed_out()
+            pause = min(next(intervals) * slow_factor, remaining())
             if not await _wait_event(changed, pause):
                 await check()
             changed = tracker.next_change(task_id)
-            current = tracker.current(task_id) or current
+            current = await confirmed(tracker.current(task_id) or current)
             if current.status != last.status:
                 last = current
                 yield current

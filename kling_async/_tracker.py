@@ -1,7 +1,7 @@
 """One record per task this client follows: the newest state, held slots and change signals.
 
 States come from polling and (with a callback receiver) from pushes; both go through
-:func:`merge`, so duplicates and out-of-order deliveries never move a task backwards.
+`merge`, so duplicates and out-of-order deliveries never move a task backwards.
 """
 
 from __future__ import annotations
@@ -9,22 +9,27 @@ from __future__ import annotations
 import asyncio
 
 from kling_async._budget import SlotBudget
-from kling_async._models import Task
+from kling_async._models import Task, TaskStatus
 
 
 def merge(current: Task | None, new: Task) -> Task:
-    """The state to keep: a terminal state is final, otherwise the newest ``updated_at`` wins."""
+    """The state to keep: a terminal state is final, otherwise the newest ``updated_at`` wins.
+
+    Between states stamped alike (timestamps in whole seconds, or none), a late ``submitted``
+    does not replace ``processing``.
+    """
     if current is None:
         return new
     if current.status.is_terminal:
         return current
     if new.status.is_terminal:
         return new
-    if (
-        current.updated_at is not None
-        and new.updated_at is not None
-        and new.updated_at < current.updated_at
-    ):
+    if current.updated_at is not None and new.updated_at is not None:
+        if new.updated_at < current.updated_at:
+            return current
+        if new.updated_at > current.updated_at:
+            return new
+    if new.status is TaskStatus.SUBMITTED and current.status is TaskStatus.PROCESSING:
         return current
     return new
 
@@ -65,7 +70,15 @@ class TaskTracker:
         record = self._records.get(task.task_id)
         if record is None:
             return task
-        merged = merge(record.task, task)
+        known = record.task
+        if (
+            known is not None
+            and known.external_task_id is not None
+            and task.external_task_id is not None
+            and known.external_task_id != task.external_task_id
+        ):
+            return known  # a state of another submission (a misrouted or forged callback)
+        merged = merge(known, task)
         if merged is not record.task:
             record.task = merged
             record.changed.set()
