@@ -6,7 +6,7 @@ import asyncio
 import os
 import pathlib
 import re
-import tempfile
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -44,7 +44,9 @@ def image_extension(data: bytes, content_type: str | None) -> str:
 
 def write_atomically(path: pathlib.Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+    # os.open (not mkstemp) so that the file gets the usual mode under the process umask.
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

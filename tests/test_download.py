@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
 
 import pytest
@@ -114,3 +115,12 @@ async def test_download_images_orders_by_index(tmp_path: pathlib.Path) -> None:
     assert [p.name for p in paths] == ["t_1-0.png", "t_1-1.png"]
     assert paths[1].read_bytes().endswith(b"u1")
     assert sorted(fetched) == ["u0", "u1"]
+
+
+def test_written_files_follow_the_umask(tmp_path: pathlib.Path) -> None:
+    old = os.umask(0o022)
+    try:
+        write_atomically(tmp_path / "x.png", b"data")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.png").stat().st_mode & 0o777 == 0o644
