@@ -142,7 +142,8 @@ class Transport:
         if status >= 400 or envelope.code != 0:
             raise error_from_reply(
                 http_status=status,
-                code=envelope.code,
+                # An error status with no code in the body (a router's own page) has no code.
+                code=envelope.code or None,
                 message=envelope.message,
                 request_id=request_id,
                 body=load_json(raw),

@@ -191,3 +191,22 @@ async def test_connection_refused_is_a_transport_error() -> None:
             await client.submit(REQUEST)
     assert info.value.maybe_delivered is False
     assert client.slots_in_use == 0
+
+
+async def test_generic_429_on_create_is_a_concurrency_signal(server: FakeKlingServer) -> None:
+    server.add_fault(Fault.generic_429(), route="create")
+    async with make_client(server) as client:
+        task = await client.submit(REQUEST)
+        # The router hid the 1303: the budget shrank as if it had been one.
+        assert client.slot_limit == 1
+    assert task.task_id in server.tasks
+    assert count(server, "POST") == 2
+
+
+async def test_generic_429_on_query_is_a_rate_limit_without_code(server: FakeKlingServer) -> None:
+    server.add_fault(Fault.generic_429(), route="get", times=5)
+    async with make_client(server, retry=ka.RetryPolicy(base_delay=0, max_attempts=2)) as client:
+        with pytest.raises(ka.RateLimitError) as info:
+            await client.get_task("anything")
+    assert info.value.code is None
+    assert info.value.http_status == 429
