@@ -28,6 +28,7 @@ from kling_async._errors import (
     UnexpectedResponseError,
     WaitTimeoutError,
 )
+from kling_async._fanout import GenerationStream
 from kling_async._images import ImageInput, ImageSource
 from kling_async._models import (
     GeneratedImage,
@@ -50,6 +51,7 @@ __all__ = [
     "GeneratedImage",
     "GenerationOutcome",
     "GenerationRequest",
+    "GenerationStream",
     "ImageInput",
     "ImageSource",
     "InvalidCallbackError",

@@ -13,6 +13,9 @@ import math
 
 from kling_async._errors import RateLimitError
 
+#: Finished tasks (in multiples of the limit) per slot of growth after a 1303.
+_GROWTH_WINDOW = 2
+
 
 class SlotBudget:
     """An adaptive counting semaphore over the account's parallel-task slots."""
@@ -56,9 +59,9 @@ class SlotBudget:
         """Give back ``slots``; ``finished`` means the task ended normally (the budget may grow)."""
         self.in_use = max(0, self.in_use - slots)
         if finished and self.limit < self.cap:
-            # Additive increase, one slot per "window" of finished tasks, so probing the
-            # server's limit costs about one 1303 per window.
-            self.limit = min(self.cap, self.limit + 1 / max(self.limit, 1))
+            # Additive increase: one slot per _GROWTH_WINDOW × limit finished tasks, so that
+            # probing a server limit we sit at costs about one 1303 per such window.
+            self.limit = min(self.cap, self.limit + 1 / (_GROWTH_WINDOW * max(self.limit, 1)))
         self._wake()
 
     def shrink(self, rejected_slots: int) -> None:
@@ -67,7 +70,8 @@ class SlotBudget:
         The new limit is what else is in use (at least 1).
         """
         self.limit_hits += 1
-        self.limit = max(1.0, float(self.in_use - rejected_slots))
+        # Replies to a burst arrive together: keep the lowest level any of them saw.
+        self.limit = min(self.limit, max(1.0, float(self.in_use - rejected_slots)))
 
     def _wake(self) -> None:
         while self._waiters:

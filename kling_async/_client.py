@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,7 +28,8 @@ from kling_async._errors import (
     KlingError,
     TaskFailedError,
 )
-from kling_async._models import GenerationOutcome, GenerationRequest, Task, TaskStatus
+from kling_async._fanout import GenerationStream
+from kling_async._models import GenerationRequest, Task, TaskStatus
 from kling_async._polling import PollPolicy, follow
 from kling_async._retry import RetryPolicy, call_with_retry
 from kling_async._serde import CreateBody, dump_body
@@ -59,7 +60,8 @@ class CallbackSource(Protocol):
         """The newest state already pushed for a task (it may arrive before the create reply)."""
 
 
-def _new_external_task_id() -> str:
+def new_external_task_id() -> str:
+    """A fresh external task id for a submission that did not name one."""
     return f"ka-{uuid.uuid4().hex}"
 
 
@@ -206,8 +208,11 @@ class KlingClient:
             APIError: The API refused it (see the error table), or retries ran out.
             TransportError: The API could not be reached.
         """
+        return await self._submit_as(request, request.external_task_id or new_external_task_id())
+
+    async def _submit_as(self, request: GenerationRequest, external_task_id: str) -> Task:
+        """``submit`` under a given external task id (for callers that must know it first)."""
         self._ensure_open()
-        external_task_id = request.external_task_id or _new_external_task_id()
         body = dump_body(await self._create_body(request, external_task_id))
         slots = Slots(self._budget, request.n)
         await slots.acquire()
@@ -310,11 +315,13 @@ class KlingClient:
         *,
         concurrency: int = 16,
         poll: PollPolicy | None = None,
-    ) -> AsyncIterator[GenerationOutcome]:
+    ) -> GenerationStream:
         """Run many requests concurrently; yield one outcome per request as each completes.
 
         Requests are consumed lazily. One failure never stops the rest. Leaving the loop early
-        (``break`` or cancellation) stops new submissions and local waits.
+        (``break`` or cancellation) stops new submissions and local waits; use the stream as
+        ``async with`` to read ``stream.remaining`` (the task ids of what was still running).
+        All submissions share the client's slot budget (``max_in_flight``).
 
         Args:
             requests: Any iterable or async iterable of requests.
@@ -322,10 +329,8 @@ class KlingClient:
                 hold them back further).
             poll: Overrides the client's poll policy.
         """
-        from kling_async._fanout import generate_many
-
         self._ensure_open()
-        return generate_many(self, requests, concurrency=concurrency, poll=poll)
+        return GenerationStream(self, requests, concurrency=concurrency, poll=poll)
 
     async def download(
         self, task: Task | str, directory: str | os.PathLike[str]

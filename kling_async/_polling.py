@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from typing import TypeVar
 
 import attrs
 import backoff
@@ -17,6 +18,8 @@ import backoff
 from kling_async._errors import KlingError, WaitTimeoutError
 from kling_async._models import Task, TaskStatus
 from kling_async._tracker import TaskTracker
+
+_T = TypeVar("_T")
 
 
 @attrs.frozen(kw_only=True)
@@ -55,14 +58,28 @@ class PollPolicy:
             yield step * random.uniform(1 - self.jitter, 1 + self.jitter)
 
 
-async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
-    if timeout <= 0:
-        return event.is_set()
+async def _within(awaitable: Awaitable[_T], timeout: float) -> asyncio.Task[_T] | None:
+    """Run ``awaitable`` for at most ``timeout`` seconds; the finished task, or ``None``.
+
+    Unlike ``asyncio.wait_for`` before Python 3.12, a cancellation that races the timeout is
+    never turned into a timeout (which would leave a cancelled wait polling on).
+    """
+    job = asyncio.ensure_future(awaitable)
     try:
-        await asyncio.wait_for(event.wait(), timeout)
-    except asyncio.TimeoutError:
-        return False
-    return True
+        done, _ = await asyncio.wait({job}, timeout=max(timeout, 0))
+    except BaseException:
+        job.cancel()
+        raise
+    if done:
+        return job
+    job.cancel()
+    return None
+
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
+    if event.is_set() or timeout <= 0:
+        return event.is_set()
+    return await _within(event.wait(), timeout) is not None
 
 
 async def follow(
@@ -100,10 +117,10 @@ async def follow(
     async def check() -> Task:
         if deadline is None:
             return await fetch(task_id)
-        try:
-            return await asyncio.wait_for(fetch(task_id), max(remaining(), 0))
-        except asyncio.TimeoutError:
-            raise timed_out() from None
+        job = await _within(fetch(task_id), remaining())
+        if job is None:
+            raise timed_out()
+        return job.result()
 
     async def confirmed(state: Task) -> Task:
         # A pushed success without images (a trimmed callback) is confirmed by one GET.
