@@ -91,13 +91,15 @@ async def test_requests_are_consumed_lazily(server: FakeKlingServer) -> None:
             pulled += 1
             yield request(f"job {i}")
 
-    async with make_client(server) as client:
-        async with client.generate_many(endless(), concurrency=3) as stream:
-            taken = 0
-            async for _ in stream:
-                taken += 1
-                if taken == 5:
-                    break
+    async with (
+        make_client(server) as client,
+        client.generate_many(endless(), concurrency=3) as stream,
+    ):
+        taken = 0
+        async for _ in stream:
+            taken += 1
+            if taken == 5:
+                break
     assert pulled <= 5 + 3
     assert server.create_count <= 5 + 3
 
