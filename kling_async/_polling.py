@@ -55,7 +55,12 @@ class PollPolicy:
         )
         next(steps)  # backoff's generators are primed with one next()
         for step in steps:
-            yield step * random.uniform(1 - self.jitter, 1 + self.jitter)
+            # Jitter spreads the pauses, but never past max_interval: that bound is what
+            # limits how late a finished task is seen.
+            yield min(
+                step * random.uniform(1 - self.jitter, 1 + self.jitter),
+                self.max_interval * random.uniform(1 - self.jitter, 1),
+            )
 
 
 async def _within(awaitable: Awaitable[_T], timeout: float) -> asyncio.Task[_T] | None:

@@ -135,7 +135,7 @@ async def call_with_retry(
     Raises:
         KlingError: The last attempt's error.
     """
-    steps = policy.delays()
+    steps: Iterator[float] | None = None  # made on the first failure only: the common path
     attempt = 0
     while True:
         attempt += 1
@@ -144,6 +144,8 @@ async def call_with_retry(
         except Exception as exc:
             if not retryable(exc):
                 raise
+            if steps is None:
+                steps = policy.delays()
             delay = retry_delay(policy, attempt, exc, next(steps))
             if delay is None:
                 raise

@@ -53,6 +53,11 @@ class Transport:
         self._api_key = api_key
         self.base_url = URL(base_url.rstrip("/"))
         self.timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 30.0))
+        self._prefix = str(self.base_url)
+        self._api_headers = {
+            "Accept": "application/json",
+            "Authorization": f"Bearer {api_key}",
+        }
         self._session = session
         self._owns_session = session is None
 
@@ -97,19 +102,19 @@ class Transport:
                 server may have seen it).
             APIError: The API answered with an error, or with something unreadable.
         """
-        url = self.base_url.with_path(self.base_url.path.rstrip("/") + path, encoded=False)
-        headers = {"Accept": "application/json", **self._auth_headers(url)}
+        # Plain string joining: this runs for every status check of every task.
+        url = self._prefix + path
         started = time.monotonic()
         try:
             async with self.session.request(
-                method, url, json=json, headers=headers, timeout=self.timeout
+                method, url, json=json, headers=self._api_headers, timeout=self.timeout
             ) as response:
                 raw = await response.read()
                 status = response.status
                 response_headers = response.headers
         except _NOT_SENT as exc:
             raise TransportError(
-                f"cannot connect to {url.host}: {type(exc).__name__}",
+                f"cannot connect to {self.base_url.host}: {type(exc).__name__}",
                 maybe_delivered=False,
                 task_id=task_id,
             ) from exc
@@ -151,7 +156,9 @@ class Transport:
                 task_lookup=task_lookup,
                 task_id=task_id,
             )
-        return Reply(status, attrs.evolve(envelope, request_id=request_id))
+        if envelope.request_id is None and request_id is not None:
+            envelope = attrs.evolve(envelope, request_id=request_id)
+        return Reply(status, envelope)
 
     async def fetch(self, url: str, *, max_bytes: int) -> tuple[bytes, str | None]:
         """Download a URL (an image) with at most ``max_bytes`` of body.
