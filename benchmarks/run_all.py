@@ -1,4 +1,4 @@
-"""Run every benchmark and print its figures (``nox -s bench``; pass ``--quick`` for a short run)."""
+"""Run every benchmark and print its figures (`nox -s bench`; `--quick` for a short run)."""
 
 from __future__ import annotations
 
