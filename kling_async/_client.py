@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
 import uuid
@@ -20,6 +21,8 @@ from kling_async._constants import (
     DEFAULT_TIMEOUT,
     ENV_API_KEY,
     ENV_BASE_URL,
+    MAX_CONCURRENT_CREATES,
+    MAX_CONCURRENT_QUERIES,
     MAX_DOWNLOAD_BYTES,
 )
 from kling_async._download import download_images
@@ -123,6 +126,11 @@ class KlingClient:
         self.poll = poll or PollPolicy()
         """The poll policy in use."""
         self._budget = SlotBudget(max_in_flight)
+        self._submit_gate = asyncio.Semaphore(MAX_CONCURRENT_CREATES)
+        # Status checks queue here rather than inside aiohttp: a sleeping coroutine costs one
+        # future, while thousands of requests waiting for a pooled connection each cost a
+        # request object, timers and trace calls, in bursts that stall the event loop.
+        self._query_gate = asyncio.Semaphore(MAX_CONCURRENT_QUERIES)
         self._tracker = TaskTracker(self._budget)
         self._callbacks = callbacks
         if callbacks is not None:
@@ -213,18 +221,21 @@ class KlingClient:
     async def _submit_as(self, request: GenerationRequest, external_task_id: str) -> Task:
         """``submit`` under a given external task id (for callers that must know it first)."""
         self._ensure_open()
-        body = dump_body(await self._create_body(request, external_task_id))
         slots = Slots(self._budget, request.n)
         await slots.acquire()
         try:
-            task = await submit_safely(
-                self._transport,
-                self.retry,
-                body,
-                external_task_id=external_task_id,
-                lookup=self.get_task,
-                on_concurrency_limit=slots.wait_after_limit,
-            )
+            # The gate bounds the create requests (and their base64 bodies) alive at once, so
+            # a burst of thousands of submissions neither floods the pool nor the memory.
+            async with self._submit_gate:
+                body = dump_body(await self._create_body(request, external_task_id))
+                task = await submit_safely(
+                    self._transport,
+                    self.retry,
+                    body,
+                    external_task_id=external_task_id,
+                    lookup=self.get_task,
+                    on_concurrency_limit=slots.wait_after_limit,
+                )
         except BaseException:
             slots.release()
             raise
@@ -248,12 +259,13 @@ class KlingClient:
             NotFoundError: No such task.
         """
         self._ensure_open()
-        reply = await call_with_retry(
-            lambda: self._transport.request(
-                "GET", _routes.get_task(task_id), task_lookup=True, task_id=task_id
-            ),
-            self.retry,
-        )
+        async with self._query_gate:
+            reply = await call_with_retry(
+                lambda: self._transport.request(
+                    "GET", _routes.get_task(task_id), task_lookup=True, task_id=task_id
+                ),
+                self.retry,
+            )
         task = task_from_reply(reply, task_id=task_id)
         self._tracker.observe(task)
         return task

@@ -22,6 +22,10 @@ MIN_IMAGE_SIDE: Final = 300
 MAX_ASPECT: Final = 2.5
 
 DEFAULT_TIMEOUT: Final = 60.0
+#: Create requests one client has under way at once (the rest queue before building bodies).
+MAX_CONCURRENT_CREATES: Final = 32
+#: Status queries one client has under way at once (the connection pool's size).
+MAX_CONCURRENT_QUERIES: Final = 100
 #: Largest image the client will download (generated images are a few MB).
 MAX_DOWNLOAD_BYTES: Final = 64 * 1024 * 1024
 #: How many characters of an unparseable body an error quotes.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from typing import TYPE_CHECKING
@@ -140,6 +141,15 @@ class GenerationStream(AsyncIterator[GenerationOutcome]):
 
         source = _requests(requests)
         running: dict[asyncio.Task[GenerationOutcome], _Job] = {}
+        # Finished jobs queue up here: asyncio.wait over all running jobs would cost O(N) per
+        # completion, O(N²) for a batch, which stalls the loop with thousands in flight.
+        completed: collections.deque[asyncio.Task[GenerationOutcome]] = collections.deque()
+        wake = asyncio.Event()
+
+        def on_done(finished: asyncio.Task[GenerationOutcome]) -> None:
+            completed.append(finished)
+            wake.set()
+
         exhausted = False
         try:
             while True:
@@ -151,13 +161,17 @@ class GenerationStream(AsyncIterator[GenerationOutcome]):
                         exhausted = True
                         break
                     job = _Job(request, request.external_task_id or new_external_task_id())
-                    running[asyncio.ensure_future(_run(self._client, job, self._poll))] = job
+                    job_task = asyncio.ensure_future(_run(self._client, job, self._poll))
+                    job_task.add_done_callback(on_done)
+                    running[job_task] = job
                 if not running:
                     return
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for finished in done:
-                    del running[finished]
-                    yield finished.result()
+                while not completed:
+                    wake.clear()
+                    await wake.wait()
+                finished = completed.popleft()
+                del running[finished]
+                yield finished.result()
         finally:
             await self._stop(running)
             await source.aclose()

@@ -17,7 +17,7 @@ import backoff
 
 from kling_async._errors import KlingError, WaitTimeoutError
 from kling_async._models import Task, TaskStatus
-from kling_async._tracker import TaskTracker
+from kling_async._tracker import Signal, TaskTracker
 
 _T = TypeVar("_T")
 
@@ -81,10 +81,12 @@ async def _within(awaitable: Awaitable[_T], timeout: float) -> asyncio.Task[_T] 
     return None
 
 
-async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
-    if event.is_set() or timeout <= 0:
-        return event.is_set()
-    return await _within(event.wait(), timeout) is not None
+async def _wait_event(signal: Signal, timeout: float) -> bool:
+    if signal.is_set() or timeout <= 0:
+        return signal.is_set()
+    # asyncio.wait on the shared future: no task per pause, and it is never cancelled by us.
+    done, _ = await asyncio.wait({signal.future()}, timeout=timeout)
+    return bool(done)
 
 
 async def follow(

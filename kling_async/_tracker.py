@@ -34,6 +34,34 @@ def merge(current: Task | None, new: Task) -> Task:
     return new
 
 
+class Signal:
+    """A one-shot "something changed" flag that can be awaited without a task of its own."""
+
+    __slots__ = ("_future", "_set")
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[None] | None = None
+        self._set = False
+
+    def is_set(self) -> bool:
+        """Whether the change happened."""
+        return self._set
+
+    def set(self) -> None:
+        """Mark the change and wake every waiter."""
+        self._set = True
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+    def future(self) -> asyncio.Future[None]:
+        """The future resolved at the change (made on first use, in the running loop)."""
+        if self._future is None:
+            self._future = asyncio.get_running_loop().create_future()
+            if self._set:
+                self._future.set_result(None)
+        return self._future
+
+
 class _Record:
     __slots__ = ("changed", "pushed", "slots", "task", "watchers")
 
@@ -42,7 +70,7 @@ class _Record:
         self.slots = 0
         self.watchers = 0
         self.pushed = False
-        self.changed = asyncio.Event()
+        self.changed = Signal()
 
 
 class TaskTracker:
@@ -82,7 +110,7 @@ class TaskTracker:
         if merged is not record.task:
             record.task = merged
             record.changed.set()
-            record.changed = asyncio.Event()
+            record.changed = Signal()
         if merged.status.is_terminal:
             self._release(record, finished=True)
             if record.watchers == 0:
@@ -99,13 +127,13 @@ class TaskTracker:
         record = self._records.get(task_id)
         return record.task if record else None
 
-    def watch(self, task_id: str) -> asyncio.Event:
+    def watch(self, task_id: str) -> Signal:
         """Register a watcher; return the event set at the next change."""
         record = self._records.setdefault(task_id, _Record())
         record.watchers += 1
         return record.changed
 
-    def next_change(self, task_id: str) -> asyncio.Event:
+    def next_change(self, task_id: str) -> Signal:
         """The event set at the next change of a watched task."""
         return self._records[task_id].changed
 
