@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import resource
 import statistics
@@ -35,6 +36,8 @@ from _server import fake_server
 KEY = "sk-bench"
 SUBJECTS = ["https://img.example.com/a.png", "https://img.example.com/b.png"]
 TASK_SECONDS = 30.0
+#: The collector setting the docs recommend for services with thousands of tasks in flight.
+GC_THRESHOLDS = (100_000, 20, 100)
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -141,6 +144,8 @@ def _child(mode: str, base_url: str, amount: int) -> None:
     if mode == "cpu":
         result: dict[str, Any] = asyncio.run(cpu_per_request(base_url, amount, 50))
     else:
+        if mode == "flight-gc":
+            gc.set_threshold(*GC_THRESHOLDS)
         result = asyncio.run(in_flight(base_url, amount))
     print(json.dumps(result))
 
@@ -175,16 +180,20 @@ def main() -> None:
     print(f"  KlingClient        {cpu['client_us']:8.1f} us")
     print(f"  ratio              {cpu['ratio']:8.2f} x   (target <= 1.3)")
 
-    flight = _measure("flight", tasks, "--task-duration", str(TASK_SECONDS))
-    print(f"{flight['tasks']:,} tasks of {TASK_SECONDS:g} s in flight, default PollPolicy:")
-    print(f"  failures           {flight['failures']:8d}")
-    print(f"  wall time          {flight['wall_s']:8.1f} s")
-    print(f"  peak RSS           {flight['peak_rss_mb']:8.1f} MB  (target <= 200)")
-    print(f"  loop lag p99       {flight['loop_lag_p99_ms']:8.1f} ms  (target <= 50)")
-    print(f"  loop lag max       {flight['loop_lag_max_ms']:8.1f} ms")
-    print(f"  status GETs/task   {flight['gets_per_task']:8.2f}     (target <= 8)")
-    print(f"  seen after end p50 {flight['seen_after_end_p50_s']:8.2f} s")
-    print(f"  seen after end max {flight['seen_after_end_max_s']:8.2f} s   (target <= 10)")
+    for mode, label in (("flight", "default gc"), ("flight-gc", f"gc thresholds {GC_THRESHOLDS}")):
+        flight = _measure(mode, tasks, "--task-duration", str(TASK_SECONDS))
+        print(
+            f"{flight['tasks']:,} tasks of {TASK_SECONDS:g} s in flight, "
+            f"default PollPolicy, {label}:"
+        )
+        print(f"  failures           {flight['failures']:8d}")
+        print(f"  wall time          {flight['wall_s']:8.1f} s")
+        print(f"  peak RSS           {flight['peak_rss_mb']:8.1f} MB  (target <= 200)")
+        print(f"  loop lag p99       {flight['loop_lag_p99_ms']:8.1f} ms  (target <= 50)")
+        print(f"  loop lag max       {flight['loop_lag_max_ms']:8.1f} ms")
+        print(f"  status GETs/task   {flight['gets_per_task']:8.2f}     (target <= 8)")
+        print(f"  seen after end p50 {flight['seen_after_end_p50_s']:8.2f} s")
+        print(f"  seen after end max {flight['seen_after_end_max_s']:8.2f} s   (target <= 10)")
 
 
 if __name__ == "__main__":
